@@ -1,0 +1,1 @@
+"""Radiology report generation (RRG) example on IU X-Ray reports."""
