@@ -45,7 +45,7 @@ def cagrad(
       >>> grads = jnp.array([[1.0, 0.0], [0.0, 1.0]])
       >>> updates, _ = tx.update(grads, tx.init(jnp.zeros(2)))
       >>> [round(u, 4) for u in updates.tolist()]
-      [0.4, 0.4]
+      [0.6, 0.6]
 
     References:
       Liu, Liu, Jin, Stone and Liu, "Conflict-Averse Gradient Descent for

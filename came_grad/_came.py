@@ -8,9 +8,6 @@ from came_grad import _aggregation
 from came_grad import _s1
 from came_grad import _validation
 
-# Norms below this, relative to the largest task-gradient norm, count as zero.
-_TINY = 1e-12
-
 
 def came_grad_coefficients(gram: jax.Array, rho, kappa, nu) -> jax.Array:
     """Return the K coefficients of the CAME-Grad update for a (normalized) Gram matrix.
@@ -36,9 +33,12 @@ def came_grad_coefficients(gram: jax.Array, rho, kappa, nu) -> jax.Array:
     rectified = _s1.conflict_averse_coefficients(gram, jnp.asarray(rho, dtype))
 
     # S2: give the rectified direction kappa times the joint gradient's norm.
-    joint_norm = jnp.sqrt(jnp.maximum(ones @ gram @ ones, 0.0))
-    rectified_norm = jnp.sqrt(jnp.maximum(rectified @ gram @ rectified, 0.0))
-    degenerate = (joint_norm <= _TINY) | (rectified_norm <= _TINY)
+    joint_squared = ones @ gram @ ones
+    rectified_squared = rectified @ gram @ rectified
+    vanishing = _validation.vanishing_squared_norm(gram)
+    degenerate = (joint_squared <= vanishing) | (rectified_squared <= vanishing)
+    joint_norm = jnp.sqrt(jnp.maximum(joint_squared, 0.0))
+    rectified_norm = jnp.sqrt(jnp.maximum(rectified_squared, 0.0))
     gain = jnp.asarray(kappa, dtype) * joint_norm / jnp.where(degenerate, 1.0, rectified_norm)
     enhanced = jnp.where(degenerate, 0.0, gain * rectified)
 
@@ -72,8 +72,12 @@ def came_grad(
 
     Degenerate cases: when zero lies in the convex hull of the gradients
     (Pareto-stationary), `u_rect = mu`; when `mu` or `u_rect` vanishes,
-    `u_en = 0`. All-zero gradients give a zero update. Non-finite gradients
-    give a non-finite update, so `optax.apply_if_finite` skips the step.
+    `u_en = 0`. All-zero gradients give a zero update. A combination counts
+    as vanishing when its norm is below about 3e-3 (float32) of the largest
+    task-gradient norm, because the Gram matrix cannot resolve smaller
+    norms of nearly cancelling gradients. Non-finite gradients give a
+    non-finite update, so `optax.apply_if_finite` wrapped around the
+    optimizer that follows in the chain skips the step.
 
     `nu = 1` gives linear scalarization exactly; `rho = 0` gives
     `((1 - nu) kappa + nu) g_joint`.

@@ -29,6 +29,8 @@ References:
 import jax
 import jax.numpy as jnp
 
+from came_grad import _validation
+
 # Interior-point schedule: the barrier weight t grows from 1 by this factor per
 # Newton step up to _MAX_BARRIER, then a few more steps re-center. With the
 # Gram matrix normalized to a largest diagonal entry of 1, the duality gap K / t
@@ -298,10 +300,7 @@ def conflict_averse_coefficients(gram: jax.Array, radius_factor: jax.Array) -> j
 
     weights = solve_dual(gram, radius)
     combined_norm = jnp.sqrt(jnp.maximum(weights @ gram @ weights, 0.0))
-    stationary = combined_norm <= _TINY
+    stationary = combined_norm**2 <= _validation.vanishing_squared_norm(gram)
     safe_norm = jnp.where(stationary, 1.0, combined_norm)
     return jnp.where(stationary, mean, mean + radius * weights / safe_norm)
 
-
-# Norms below this, relative to the largest task-gradient norm, count as zero.
-_TINY = 1e-12

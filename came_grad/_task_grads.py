@@ -47,7 +47,7 @@ def value_and_task_grads(loss_fn: Callable[..., Any], has_aux: bool = False) -> 
       ...   out = nnx.merge(graphdef, params)(x)
       ...   return jnp.mean((out - y) ** 2, axis=0)  # one loss per output
       >>> value, grads = came_grad.value_and_task_grads(task_losses)(params, jnp.ones((4, 3)), jnp.zeros((4, 2)))
-      >>> grads["kernel"].value.shape
+      >>> grads["kernel"][...].shape
       (2, 3, 2)
     """
 

@@ -19,7 +19,7 @@ def _concrete_float(value: Any) -> float | None:
         array = np.asarray(value)
     except (TypeError, ValueError):
         return None
-    if array.shape != () or not np.issubdtype(array.dtype, np.number):
+    if array.shape != () or not jnp.issubdtype(array.dtype, jnp.number):
         return None
     return float(array)
 
@@ -67,6 +67,21 @@ def _check_float(name, value, lower, upper, lower_inclusive, suffix):
         raise ValueError(f"{name} must be <= {upper}, got {number}{suffix}.")
 
 
+def vanishing_squared_norm(gram: jax.Array) -> jax.Array:
+    """Return the squared norm below which a combination of the task gradients counts as zero.
+
+    Norms of sums such as `g_joint = sum_i h_i` come from the Gram matrix as
+    `1^T G 1`, which cancels when the gradients nearly oppose each other:
+    entries accurate to a relative `eps` of the largest diagonal entry give
+    the squared norm only to about that much. Below `64 * eps` times the
+    largest diagonal entry (a norm ratio of about 3e-3 in float32 and 1e-7
+    in float64) the direction of the combination is rounding noise, so the
+    methods treat it as zero.
+    """
+    largest = jnp.max(jnp.diagonal(gram))
+    return 64.0 * jnp.finfo(gram.dtype).eps * largest
+
+
 def check_task_weights(task_weights: Sequence[float] | jax.Array | None) -> np.ndarray | None:
     """Return the task weights as a float64 NumPy vector, or raise ValueError naming the bad entry."""
     if task_weights is None:
@@ -93,7 +108,10 @@ def check_num_tasks(num_tasks: int | None, task_weights: np.ndarray | None) -> i
     """Return the number of tasks known at construction, checking that the two sources agree."""
     if num_tasks is not None:
         if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
-            raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}.")
+            raise ValueError(
+            f"num_tasks must be a positive Python int, got {num_tasks!r}. Under "
+            "optax.inject_hyperparams, list it in static_args=('num_tasks',)."
+        )
         num_tasks = int(num_tasks)
     if task_weights is not None:
         if num_tasks is not None and num_tasks != task_weights.size:
