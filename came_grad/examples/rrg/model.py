@@ -43,6 +43,9 @@ class ModelConfig:
         mlp_ratio: Hidden size of each MLP block divided by ``width``.
         dropout_rate: Dropout rate after embeddings, attention and MLP blocks.
         num_labels: Number of classification outputs.
+        pixel_mean: Mean pixel value subtracted from the images, usually the
+            training-set mean.
+        pixel_std: Pixel standard deviation the images are divided by.
     """
 
     vocab_size: int
@@ -57,6 +60,8 @@ class ModelConfig:
     mlp_ratio: int = 2
     dropout_rate: float = 0.1
     num_labels: int = NUM_OBSERVATIONS
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.25
 
     def __post_init__(self):
         if self.vocab_size <= EOS_ID:
@@ -73,6 +78,8 @@ class ModelConfig:
             raise ValueError(
                 f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
             )
+        if not self.pixel_std > 0:
+            raise ValueError(f"pixel_std must be > 0, got {self.pixel_std}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
 
@@ -166,13 +173,15 @@ class CnnEncoder(nnx.Module):
                 for c_in, c_out in zip(in_channels, channels)
             ]
         )
-        self.norms = nnx.List([nnx.LayerNorm(c, rngs=rngs) for c in channels])
 
     def __call__(self, images, dropout_key):
         del dropout_key
+        # No per-pixel normalization between stages: a LayerNorm over the
+        # channels of a pixel would remove the local brightness that
+        # radiograph findings are drawn with. ReportModel normalizes the tokens.
         x = images
-        for conv, norm in zip(self.convs, self.norms):
-            x = jax.nn.gelu(norm(conv(x)))
+        for conv in self.convs:
+            x = jax.nn.gelu(conv(x))
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
@@ -229,6 +238,8 @@ class ReportModel(nnx.Module):
             raise ValueError(f"images must have shape [B, {', '.join(map(str, expected))}], got {images.shape}")
 
         encoder_key, dropout_key = _split_key(dropout_key, 2)
+        # Standardized inputs train much faster than raw [0, 1] intensities.
+        images = (images - self.config.pixel_mean) / self.config.pixel_std
         visual = self.encoder(images, encoder_key) + self.visual_position[...]
         return self.visual_norm(_dropout(self.dropout, visual, dropout_key))
 

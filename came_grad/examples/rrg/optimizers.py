@@ -4,13 +4,21 @@ Each entry builds the gradient transformation that turns stacked per-task
 gradients into one update direction. The training loop chains it with AdamW.
 
 All methods optimize the same weighted objective, report loss weight 1 and
-classification loss weight 4 by default. A method that accepts task weights
-gets them as its ``task_weights`` argument. For a method without that
-argument (CAGrad), the loss function multiplies each task loss by its weight
-before the per-task gradients are taken, so the method sees the gradients of
-the weighted losses.
+classification loss weight 4 by default. Every method here except
+GradDrop takes the weights as its ``task_weights`` argument, which multiplies each task
+gradient by its weight before aggregation. For a method without that
+argument, set ``weights_in_loss``: the loss function then multiplies each
+task loss by its weight before the per-task gradients are taken, which gives
+the same weighted gradients.
 
-To add a method, add one `Aggregator` to `AGGREGATORS`.
+The methods differ in overall scale (CAGrad averages the task gradients,
+linear scalarization sums them). AdamW, which follows in the chain, is
+invariant to a constant gradient scale up to its epsilon, so this does not
+change the comparison.
+
+To add a method, add one `Aggregator` to `AGGREGATORS`. `--optimizer all`
+trains the three methods of `PAPER_COMPARISON`; `--optimizer family` trains
+every entry.
 """
 
 from __future__ import annotations
@@ -47,6 +55,11 @@ class Aggregator:
     weights_in_loss: bool
 
 
+def _weighted(title: str, name: str, factory: Callable[..., optax.GradientTransformation]) -> Aggregator:
+    """Make an entry for a method that takes `task_weights` (and so knows K = 2 from them)."""
+    return Aggregator(name=name, title=title, make=lambda weights: factory(task_weights=weights), weights_in_loss=False)
+
+
 AGGREGATORS: dict[str, Aggregator] = {
     aggregator.name: aggregator
     for aggregator in (
@@ -59,8 +72,8 @@ AGGREGATORS: dict[str, Aggregator] = {
         Aggregator(
             name="cagrad",
             title="CAGrad",
-            make=lambda weights: came_grad.cagrad(c=0.5, rescale=1),
-            weights_in_loss=True,
+            make=lambda weights: came_grad.cagrad(c=0.5, rescale=1, task_weights=weights),
+            weights_in_loss=False,
         ),
         Aggregator(
             name="came",
@@ -68,8 +81,28 @@ AGGREGATORS: dict[str, Aggregator] = {
             make=lambda weights: came_grad.came_grad(rho=0.5, kappa=1.5, nu=0.2, task_weights=weights),
             weights_in_loss=False,
         ),
+        _weighted("MGDA", "mgda", came_grad.mgda),
+        _weighted("PCGrad", "pcgrad", came_grad.pcgrad),
+        _weighted("GradVac", "gradvac", came_grad.gradvac),
+        _weighted("IMTL-G", "imtl_g", came_grad.imtl_g),
+        _weighted("Aligned-MTL", "aligned_mtl", came_grad.aligned_mtl),
+        _weighted("UPGrad", "upgrad", came_grad.upgrad),
+        _weighted("DualProj", "dualproj", came_grad.dualproj),
+        _weighted("Nash-MTL", "nash_mtl", came_grad.nash_mtl),
+        _weighted("ConFIG", "config", came_grad.config_aggregation),
+        # GradDrop acts on the signs of the gradient elements, so it takes no
+        # task weights: the loss function applies them instead.
+        Aggregator(
+            name="graddrop",
+            title="GradDrop",
+            make=lambda weights: came_grad.graddrop(num_tasks=len(weights)),
+            weights_in_loss=True,
+        ),
     )
 }
+
+# The methods that `--optimizer all` trains: the paper's comparison.
+PAPER_COMPARISON = ("ls", "cagrad", "came")
 
 
 def get_aggregator(name: str) -> Aggregator:

@@ -2,7 +2,7 @@
 
 Reports are cleaned in the style common to IU X-Ray report generation work:
 lower case, punctuation other than sentence-ending periods removed, and each
-period kept as its own ``.`` token. The vocabulary holds the words that occur
+period kept as its own ``.`` token. The vocabulary contains the words that occur
 at least ``min_count`` times in the training reports plus four special tokens.
 """
 

@@ -62,9 +62,9 @@ class TrainConfig:
         eval_batch_size: Reports per greedy decoding call.
     """
 
-    steps: int = 1200
+    steps: int = 500
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.05
     task_weights: tuple[float, ...] = DEFAULT_TASK_WEIGHTS
@@ -77,7 +77,7 @@ class TrainConfig:
     dropout_rate: float = 0.1
     eval_split: Literal["test", "val"] = "test"
     eval_size: int | None = None
-    eval_batch_size: int = 128
+    eval_batch_size: int = 100
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_batch_size", "min_count"):
@@ -190,6 +190,8 @@ def model_config(data: PreparedData, config: TrainConfig) -> ModelConfig:
         num_decoder_layers=config.num_decoder_layers,
         dropout_rate=config.dropout_rate,
         num_labels=data.train_labels.shape[1],
+        pixel_mean=float(data.train_images.mean()),
+        pixel_std=float(max(data.train_images.std(), 1e-6)),
     )
 
 
@@ -288,8 +290,9 @@ def train_and_evaluate(
     value_and_task_grads = came_grad.value_and_task_grads(task_losses)
 
     @jax.jit
-    def train_step(params, opt_state, train_arrays, rows, dropout_key):
+    def train_step(params, opt_state, train_arrays, rows, step):
         images, tokens, labels = (array[rows] for array in train_arrays)
+        dropout_key = jax.random.fold_in(base_key, step)
         losses, task_grads = value_and_task_grads(params, images, tokens, labels, dropout_key)
         updates, opt_state = tx.update(task_grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -303,8 +306,7 @@ def train_and_evaluate(
     start = time.perf_counter()
     bar = tqdm(range(config.steps), desc=optimizer, unit="step", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        dropout_key = jax.random.fold_in(base_key, step)
-        params, opt_state, losses = train_step(params, opt_state, train_arrays, data.batch_indices[step], dropout_key)
+        params, opt_state, losses = train_step(params, opt_state, train_arrays, data.batch_indices[step], step)
         history.append(losses)
         if progress and (step % 20 == 0 or step == config.steps - 1):
             report_loss, classification_loss = np.asarray(losses)
