@@ -1,5 +1,6 @@
 """CAGrad: conflict-averse gradient descent."""
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -52,8 +53,11 @@ def cagrad(
       Multi-task Learning", NeurIPS 2021. https://arxiv.org/abs/2110.14048
     """
     _validation.check_scalar("c", c, lower=0.0)
-    if rescale not in (0, 1, 2):
-        raise ValueError(f"rescale must be 0, 1 or 2, got {rescale!r}.")
+    if isinstance(rescale, jax.Array) or rescale not in (0, 1, 2):
+        raise ValueError(
+            f"rescale must be the Python int 0, 1 or 2, got {rescale!r}. Under "
+            "optax.inject_hyperparams, list it in static_args=('rescale',)."
+        )
 
     def update(gram, state, key, count):
         del key
