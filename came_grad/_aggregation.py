@@ -215,7 +215,16 @@ def diagnostics(state) -> Diagnostics:
             "the aggregation state records no diagnostics because the number of tasks was unknown at "
             "construction; pass num_tasks=K or task_weights to the transformation."
         )
-    return found[0].diagnostics
+    # Flax's nnx.Optimizer wraps every array of the optax state in a Variable.
+    return jax.tree_util.tree_map(_unwrap_variable, found[0].diagnostics, is_leaf=_is_variable)
+
+
+def _is_variable(value) -> bool:
+    return not isinstance(value, (jax.Array, np.ndarray)) and hasattr(value, "get_value")
+
+
+def _unwrap_variable(value):
+    return value.get_value() if _is_variable(value) else value
 
 
 def evaluate(value, count: jax.Array) -> jax.Array:

@@ -101,6 +101,11 @@ def check_task_weights(task_weights: Sequence[float] | jax.Array | None) -> np.n
             raise ValueError(f"task_weights[{index}] must be finite, got {weight}.")
         if weight < 0:
             raise ValueError(f"task_weights[{index}] must be >= 0, got {weight}.")
+    if not np.any(weights > 0):
+        raise ValueError(
+            f"task_weights must contain at least one positive weight, got {weights.tolist()}; "
+            "all-zero weights would make every update zero."
+        )
     return weights
 
 
@@ -141,6 +146,12 @@ def task_count(task_grads: Any) -> int:
             raise ValueError(
                     f"task_grads leaf {where} is a scalar without a leading task axis; stack the "
                     "per-task gradients along axis 0 (for example with came_grad.value_and_task_grads)."
+            )
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"task_grads leaf {where} has dtype {dtype}; gradients must be floating point. "
+                "Cast the leaf to a float dtype, or leave integer parameters out of the gradients."
             )
         sizes[where] = shape[0]
 

@@ -363,3 +363,35 @@ def test_linear_scalarization_weights():
     updates, _ = apply_once(transform, jnp.asarray([[1.0, 0.0], [0.0, 1.0]]))
 
     np.testing.assert_array_equal(updates, [1.0, 4.0])
+
+
+def test_all_zero_task_weights_rejected():
+    with pytest.raises(ValueError, match=r"at least one positive weight, got \[0.0, 0.0\]"):
+        came_grad.came_grad(task_weights=(0.0, 0.0))
+
+
+def test_integer_gradients_rejected():
+    transform = came_grad.came_grad()
+
+    with pytest.raises(ValueError, match="has dtype int32; gradients must be floating point"):
+        transform.update({"w": jnp.ones((2, 3), jnp.int32)}, transform.init(None))
+
+
+def test_diagnostics_under_nnx_optimizer():
+    from flax import nnx
+
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.chain(came_grad.came_grad(num_tasks=2), optax.sgd(0.1)), wrt=nnx.Param)
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def task_losses(params, inputs):
+        outputs = nnx.merge(graphdef, params)(inputs)
+        return jnp.stack([jnp.mean(outputs[:, 0] ** 2), jnp.mean((outputs[:, 1] - 1.0) ** 2)])
+
+    _, task_grads = came_grad.value_and_task_grads(task_losses)(params, jnp.ones((4, 3)))
+    optimizer.update(model, task_grads)
+    info = came_grad.diagnostics(optimizer.opt_state)
+
+    assert isinstance(info.conflict, jax.Array)
+    assert info.task_norms.shape == (2,)
+    assert bool(jnp.all(info.task_norms > 0))

@@ -128,6 +128,8 @@ def test_cli_weights_in_loss_method(tmp_path, monkeypatch):
         (["--steps", "0"], "--steps must be >= 1, got 0"),
         (["--image-size", "20"], "--image-size must be a positive multiple of 8"),
         (["--data", "r2gen"], "--data r2gen needs --annotation and --image-dir"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--learning-rate", "nan"], "--learning-rate must be a number > 0, got nan"),
     ],
 )
 def test_cli_rejects_invalid_options(arguments, message, tmp_path, capsys):

@@ -101,6 +101,10 @@ def _resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         value = settings.get(name) if name != "limit" else args.limit
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning-rate must be a number > 0, got {args.learning_rate}")
     if settings["image_size"] < 8 or settings["image_size"] % 8:
         raise ValueError(f"--image-size must be a positive multiple of 8, got {settings['image_size']}")
     if args.data == "r2gen" and (args.annotation is None or args.image_dir is None):
@@ -226,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     print(format_table({**results, "(most common report)": baselines["most_common_report"], "(majority labels)": baselines["majority_labels"]}))
+    if args.quick:
+        print("--quick trains for a few steps to check that the pipeline runs; its scores do not rank the methods.")
     print(f"\nwrote {args.out / 'results.json'}")
 
     non_finite = [name for name, row in results.items() if not all(math.isfinite(row[key]) for key, _ in TABLE_COLUMNS)]

@@ -89,7 +89,7 @@ AGGREGATORS: dict[str, Aggregator] = {
         _weighted("UPGrad", "upgrad", came_grad.upgrad),
         _weighted("DualProj", "dualproj", came_grad.dualproj),
         _weighted("Nash-MTL", "nash_mtl", came_grad.nash_mtl),
-        _weighted("ConFIG", "config", came_grad.config_aggregation),
+        _weighted("ConFIG", "config_aggregation", came_grad.config_aggregation),
         # GradDrop acts on the signs of the gradient elements, so it takes no
         # task weights: the loss function applies them instead.
         Aggregator(
