@@ -421,6 +421,7 @@ def decode_masks_zip(data: bytes, size: int) -> tuple[np.ndarray, list[str]]:
         ``[MIN_LUNG_FRACTION, MAX_LUNG_FRACTION]`` are skipped.
     """
     masks, names = [], []
+    skipped = 0
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         for name in sorted(archive.namelist()):
             if not name.lower().endswith(_IMAGE_SUFFIXES):
@@ -428,10 +429,16 @@ def decode_masks_zip(data: bytes, size: int) -> tuple[np.ndarray, list[str]]:
             mask = decode_mask(archive.read(name), size)
             lung_fraction = float((mask > 0.5).mean())
             if not MIN_LUNG_FRACTION <= lung_fraction <= MAX_LUNG_FRACTION:
-                logger.info("skipping mask %s with lung fraction %.3f", name, lung_fraction)
+                logger.debug("skipping mask %s with lung fraction %.3f", name, lung_fraction)
+                skipped += 1
                 continue
             masks.append(mask)
             names.append(name)
+    if skipped:
+        logger.info(
+            "skipped %d masks whose lung area is outside [%.2f, %.2f] of the image; kept %d",
+            skipped, MIN_LUNG_FRACTION, MAX_LUNG_FRACTION, len(masks),
+        )
     if not masks:
         return np.zeros((0, size, size), np.float32), names
     return np.stack(masks), names
