@@ -12,6 +12,7 @@ from came_grad._aggregation import Diagnostics
 from came_grad._aggregation import Weighting
 from came_grad._aggregation import diagnostics
 from came_grad._aggregation import from_weighting
+from came_grad._aggregation import stateless_weighting
 from came_grad._aligned_mtl import aligned_mtl
 from came_grad._cagrad import cagrad
 from came_grad._came import came_grad
@@ -57,6 +58,7 @@ __all__ = [
     "nash_mtl",
     "pcgrad",
     "solve_dual",
+    "stateless_weighting",
     "upgrad",
     "value_and_task_grads",
 ]

@@ -37,6 +37,16 @@ class Weighting(NamedTuple):
     update: Callable[[jax.Array, WeightingState, jax.Array, jax.Array], tuple[jax.Array, WeightingState]]
 
 
+def stateless_weighting(coefficients: Callable[[jax.Array, jax.Array], jax.Array]) -> Weighting:
+    """Make a `Weighting` without state or randomness from `coefficients(gram, count)`."""
+
+    def update(gram, state, key, count):
+        del key
+        return coefficients(gram, count), state
+
+    return Weighting(init=lambda num_tasks: (), update=update)
+
+
 class Diagnostics(NamedTuple):
     """Per-step statistics of the task gradients, recorded by the aggregation state.
 

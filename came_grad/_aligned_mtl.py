@@ -67,9 +67,5 @@ def aligned_mtl(task_weights=None, *, num_tasks: int | None = None) -> optax.Gra
       https://arxiv.org/abs/2305.19000
     """
 
-    def update(gram, state, key, count):
-        del key, count
-        return aligned_mtl_coefficients(gram), state
-
-    weighting = _aggregation.Weighting(init=lambda num_tasks: (), update=update)
+    weighting = _aggregation.stateless_weighting(lambda gram, count: aligned_mtl_coefficients(gram))
     return _aggregation.from_weighting(weighting, task_weights=task_weights, num_tasks=num_tasks)

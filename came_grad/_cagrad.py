@@ -59,15 +59,14 @@ def cagrad(
             "optax.inject_hyperparams, list it in static_args=('rescale',)."
         )
 
-    def update(gram, state, key, count):
-        del key
+    def coefficients(gram, count):
         radius_factor = jnp.maximum(_aggregation.evaluate(c, count), 0.0).astype(gram.dtype)
         direction = _s1.conflict_averse_coefficients(gram, radius_factor)
         if rescale == 1:
             direction = direction / (1.0 + radius_factor**2)
         elif rescale == 2:
             direction = direction / (1.0 + radius_factor)
-        return direction, state
+        return direction
 
-    weighting = _aggregation.Weighting(init=lambda num_tasks: (), update=update)
+    weighting = _aggregation.stateless_weighting(coefficients)
     return _aggregation.from_weighting(weighting, task_weights=task_weights, num_tasks=num_tasks)

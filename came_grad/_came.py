@@ -120,12 +120,11 @@ def came_grad(
     _validation.check_scalar("kappa", kappa, lower=0.0, lower_inclusive=False)
     _validation.check_scalar("nu", nu, lower=0.0, upper=1.0)
 
-    def update(gram, state, key, count):
-        del key
+    def coefficients(gram, count):
         rho_now = jnp.maximum(_aggregation.evaluate(rho, count), 0.0)
         kappa_now = jnp.maximum(_aggregation.evaluate(kappa, count), 0.0)
         nu_now = jnp.clip(_aggregation.evaluate(nu, count), 0.0, 1.0)
-        return came_grad_coefficients(gram, rho_now, kappa_now, nu_now), state
+        return came_grad_coefficients(gram, rho_now, kappa_now, nu_now)
 
-    weighting = _aggregation.Weighting(init=lambda num_tasks: (), update=update)
+    weighting = _aggregation.stateless_weighting(coefficients)
     return _aggregation.from_weighting(weighting, task_weights=task_weights, num_tasks=num_tasks)

@@ -74,9 +74,5 @@ def config_aggregation(task_weights=None, *, num_tasks: int | None = None) -> op
       Informed Neural Networks", 2024. https://arxiv.org/abs/2408.11104
     """
 
-    def update(gram, state, key, count):
-        del key, count
-        return config_coefficients(gram), state
-
-    weighting = _aggregation.Weighting(init=lambda num_tasks: (), update=update)
+    weighting = _aggregation.stateless_weighting(lambda gram, count: config_coefficients(gram))
     return _aggregation.from_weighting(weighting, task_weights=task_weights, num_tasks=num_tasks)

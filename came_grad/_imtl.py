@@ -75,9 +75,5 @@ def imtl_g(task_weights=None, *, num_tasks: int | None = None) -> optax.Gradient
       Multi-task Learning", ICLR 2021. https://openreview.net/forum?id=IMPnRXEWpvr
     """
 
-    def update(gram, state, key, count):
-        del key, count
-        return imtl_g_coefficients(gram), state
-
-    weighting = _aggregation.Weighting(init=lambda num_tasks: (), update=update)
+    weighting = _aggregation.stateless_weighting(lambda gram, count: imtl_g_coefficients(gram))
     return _aggregation.from_weighting(weighting, task_weights=task_weights, num_tasks=num_tasks)

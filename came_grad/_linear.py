@@ -27,9 +27,5 @@ def linear_scalarization(task_weights=None, *, num_tasks: int | None = None) -> 
       [1.0, 4.0]
     """
 
-    def update(gram, state, key, count):
-        del key, count
-        return jnp.ones((gram.shape[0],), gram.dtype), state
-
-    weighting = _aggregation.Weighting(init=lambda num_tasks: (), update=update)
+    weighting = _aggregation.stateless_weighting(lambda gram, count: jnp.ones((gram.shape[0],), gram.dtype))
     return _aggregation.from_weighting(weighting, task_weights=task_weights, num_tasks=num_tasks)

@@ -44,9 +44,5 @@ def mgda(task_weights=None, *, num_tasks: int | None = None) -> optax.GradientTr
       Optimization", NeurIPS 2018. https://arxiv.org/abs/1810.04650
     """
 
-    def update(gram, state, key, count):
-        del key, count
-        return _qp.min_norm_simplex(gram), state
-
-    weighting = _aggregation.Weighting(init=lambda num_tasks: (), update=update)
+    weighting = _aggregation.stateless_weighting(lambda gram, count: _qp.min_norm_simplex(gram))
     return _aggregation.from_weighting(weighting, task_weights=task_weights, num_tasks=num_tasks)

@@ -53,14 +53,13 @@ def upgrad(task_weights=None, *, num_tasks: int | None = None) -> optax.Gradient
       2024. https://arxiv.org/abs/2406.16232
     """
 
-    def update(gram, state, key, count):
-        del key, count
-        num = gram.shape[0]
-        eye = jnp.eye(num, dtype=gram.dtype)
+    def coefficients(gram, count):
+        del count
+        eye = jnp.eye(gram.shape[0], dtype=gram.dtype)
         projections = jax.vmap(lambda row: dual_cone_coefficients(gram, row))(eye)
-        return jnp.mean(projections, axis=0), state
+        return jnp.mean(projections, axis=0)
 
-    weighting = _aggregation.Weighting(init=lambda num_tasks: (), update=update)
+    weighting = _aggregation.stateless_weighting(coefficients)
     return _aggregation.from_weighting(weighting, task_weights=task_weights, num_tasks=num_tasks)
 
 
@@ -92,11 +91,11 @@ def dualproj(task_weights=None, *, num_tasks: int | None = None) -> optax.Gradie
       2024. https://arxiv.org/abs/2406.16232
     """
 
-    def update(gram, state, key, count):
-        del key, count
-        num = gram.shape[0]
-        mean = jnp.full((num,), 1.0 / num, gram.dtype)
-        return dual_cone_coefficients(gram, mean), state
+    def coefficients(gram, count):
+        del count
+        num_tasks = gram.shape[0]
+        mean = jnp.full((num_tasks,), 1.0 / num_tasks, gram.dtype)
+        return dual_cone_coefficients(gram, mean)
 
-    weighting = _aggregation.Weighting(init=lambda num_tasks: (), update=update)
+    weighting = _aggregation.stateless_weighting(coefficients)
     return _aggregation.from_weighting(weighting, task_weights=task_weights, num_tasks=num_tasks)
