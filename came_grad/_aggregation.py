@@ -121,8 +121,8 @@ def from_weighting(
 
     Args:
       weighting: the rule that maps the Gram matrix to coefficients.
-      task_weights: optional non-negative weights `w_i`, one per task. The
-        weighting sees the gradients `w_i g_i`. Default: all 1.
+      task_weights: optional non-negative weights `w_i`, one per task. The weighting receives the Gram
+        matrix of the gradients `w_i g_i`. Default: all 1.
       num_tasks: K, when known at construction. It is implied by
         `task_weights`. When K is known, the state records `Diagnostics` and
         the update checks that the gradients have K tasks.

@@ -19,7 +19,7 @@ _MAX_TARGET = 1.0 - 1e-6
 def gradvac_coefficients(gram, targets, orders, beta):
     """Return `(coefficients, new_targets)` of one GradVac step.
 
-    Row i of the K x K matrix kept here holds the coefficients of the altered
+    Row i of the K x K matrix computed here contains the coefficients of the altered
     gradient `h_i'` in terms of `h_1..h_K`. For each other task j in task i's
     order, with `phi = cos(h_i', h_j)` and target `T = targets[i, j]`: when
     `phi < T`, add `||h_i'|| (T sqrt(1 - phi^2) - phi sqrt(1 - T^2)) /
@@ -98,7 +98,7 @@ def gradvac(
         values outside the range are clipped into it at run time.
       task_weights: optional non-negative weights applied to the task
         gradients before aggregation. Default: all 1.
-      num_tasks: K. Required, because the state holds a K x K matrix of
+      num_tasks: K. Required, because the state contains a K x K matrix of
         targets; implied by `task_weights`.
       seed: seed of the PRNG key that draws the task orders.
 

@@ -49,8 +49,8 @@ def imtl_g(task_weights=None, *, num_tasks: int | None = None) -> optax.Gradient
     gradients.
 
     Departures from the paper: the paper eliminates the first task and
-    solves a (K - 1) x (K - 1) system; the equivalent bordered (K + 1)
-    system is solved here by least squares, which treats all tasks alike
+    solves a (K - 1) x (K - 1) system. Here the equivalent bordered (K + 1)
+    system is solved by least squares, which treats all tasks alike
     and stays finite for rank-deficient gradients. Zero gradients are left
     out of the system.
 

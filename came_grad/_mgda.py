@@ -17,9 +17,9 @@ def mgda(task_weights=None, *, num_tasks: int | None = None) -> optax.GradientTr
     simplex is followed by an exact solve on the support it finds.
 
     Departures from the official MGDA-UB code: the weights are computed from
-    the gradients passed in, so the upper-bound speedup (weights from the
-    gradients with respect to a shared representation) is left to the caller,
-    and the gradients are not normalized by losses or norms first (pass
+    the gradients passed in. The upper-bound speedup (weights from the
+    gradients with respect to a shared representation) is left to the
+    caller. The gradients are not normalized by losses or norms first (pass
     `task_weights` for a fixed rescaling). The simplex problem is solved on
     the device, not by the Frank-Wolfe loop of the official code.
 

@@ -7,9 +7,9 @@ import optax
 from came_grad import _aggregation
 
 # Damped Newton steps per update. The damped phase lowers the objective by at
-# least 0.09 per step and the quadratic phase needs about five more, so 40
-# steps converge from the cold start on well-posed problems; later steps start
-# from the previous solution.
+# least 0.09 per step and the quadratic phase needs about five more steps. So
+# 40 steps converge from the cold start on well-posed problems, and later
+# updates start from the previous solution.
 _NEWTON_STEPS = 40
 
 # Squared norms at or below this (the Gram matrix has a largest diagonal
@@ -85,7 +85,7 @@ def nash_mtl(task_weights=None, *, num_tasks: int | None = None) -> optax.Gradie
     Departures from the official code: the official code solves the
     bargaining problem on the host with cvxpy (a sequence of convex
     approximations) and offers extra options such as recomputing the
-    weights only every few steps and clipping the update norm; here a fixed
+    weights only every few steps and clipping the update norm. Here a fixed
     budget of damped Newton steps solves `G a = 1 / a` on the device, and
     norm clipping is left to `optax.clip_by_global_norm` later in the
     chain. Zero gradients get weight 0. At a Pareto-stationary point there

@@ -20,7 +20,7 @@ def random_task_orders(key: jax.Array, num_tasks: int) -> jax.Array:
 def pcgrad_coefficients(gram: jax.Array, orders: jax.Array) -> jax.Array:
     """Return the K coefficients of the PCGrad update for the task orders `orders`.
 
-    Row i of the K x K matrix kept here holds the coefficients of the
+    Row i of the K x K matrix computed here contains the coefficients of the
     projected gradient `h_i^PC` in terms of `h_1..h_K`, so every inner product
     is read from the Gram matrix: `<h_i^PC, h_j> = row_i . G[:, j]`.
     Projecting out `h_j` subtracts `<h_i^PC, h_j> / G[j, j]` from entry j.

@@ -11,10 +11,10 @@ def value_and_task_grads(loss_fn: Callable[..., Any], has_aux: bool = False) -> 
     """Build a function that returns K task losses and their stacked gradients.
 
     `loss_fn(params, *args)` returns a vector of K losses. The returned
-    function runs `loss_fn` forward once and pulls the K rows of the identity
-    back through one vectorized VJP (`jax.vmap` over the cotangents), so each
-    leaf of the gradients gains a leading task axis of size K, as the
-    came_grad transformations expect. Gradients are taken with respect to the
+    function runs `loss_fn` forward once. It then pulls the K rows of the
+    identity back through one vectorized VJP (`jax.vmap` over the
+    cotangents), so each leaf of the gradients gains a leading task axis of
+    size K, as the came_grad transformations expect. Gradients are taken with respect to the
     first argument only.
 
     Args:

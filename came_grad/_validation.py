@@ -71,8 +71,8 @@ def vanishing_squared_norm(gram: jax.Array) -> jax.Array:
     """Return the squared norm below which a combination of the task gradients counts as zero.
 
     Norms of sums such as `g_joint = sum_i h_i` come from the Gram matrix as
-    `1^T G 1`, which cancels when the gradients nearly oppose each other:
-    entries accurate to a relative `eps` of the largest diagonal entry give
+    `1^T G 1`, which cancels when the gradients nearly oppose each other.
+    Entries accurate to a relative `eps` of the largest diagonal entry give
     the squared norm only to about that much. Below `64 * eps` times the
     largest diagonal entry (a norm ratio of about 3e-3 in float32 and 1e-7
     in float64) the direction of the combination is rounding noise, so the

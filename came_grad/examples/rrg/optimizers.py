@@ -56,7 +56,7 @@ class Aggregator:
 
 
 def _weighted(title: str, name: str, factory: Callable[..., optax.GradientTransformation]) -> Aggregator:
-    """Make an entry for a method that takes `task_weights` (and so knows K = 2 from them)."""
+    """Make an entry for a method that takes `task_weights`, from which it also takes K."""
     return Aggregator(name=name, title=title, make=lambda weights: factory(task_weights=weights), weights_in_loss=False)
 
 
@@ -101,7 +101,8 @@ AGGREGATORS: dict[str, Aggregator] = {
     )
 }
 
-# The methods that `--optimizer all` trains: the paper's comparison.
+# The methods that `--optimizer all` trains: CAME-Grad, the weighted sum it
+# replaces, and CAGrad, whose ball problem is CAME-Grad's first stage.
 PAPER_COMPARISON = ("ls", "cagrad", "came")
 
 
